@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Low-pass decomposition filter of the `sym6` wavelet (EDM's `wavelets['sym6']`).
+# Low-pass decomposition filter of the `sym6` wavelet (EDM's `wavelets["sym6"]`).
 SYM6 = np.array([
     0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
     0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
@@ -43,8 +43,8 @@ SYM6 = np.array([
 HZ_PAD = len(SYM6) // 4  # 3: the output grid extends this many pixels beyond each side.
 
 NUM_LABELS = 9
-LABEL_NAMES = ('xflip', 'yflip', 'scale', 'rotate_cos_minus_1', 'rotate_sin', 'aniso_cos',
-               'aniso_sin', 'translate_x', 'translate_y')
+LABEL_NAMES = ("xflip", "yflip", "scale", "rotate_cos_minus_1", "rotate_sin", "aniso_cos",
+               "aniso_sin", "translate_x", "translate_y")
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # No TF32 on GPUs: the matrices set sample positions.
 
@@ -102,20 +102,20 @@ def as_config(config: Any) -> AugmentConfig:
   """Returns `config` as an AugmentConfig; accepts an AugmentConfig, dict or ConfigDict."""
   if isinstance(config, AugmentConfig):
     return config
-  if hasattr(config, 'to_dict'):
+  if hasattr(config, "to_dict"):
     config = config.to_dict()
   if not isinstance(config, collections.abc.Mapping):
-    raise ValueError(f'augment config must be an AugmentConfig or a mapping, got {type(config)}')
+    raise ValueError(f"augment config must be an AugmentConfig or a mapping, got {type(config)}")
   unknown = sorted(set(config) - set(AugmentConfig._fields))
   if unknown:
-    raise ValueError(f'unknown augment config fields: {unknown}')
+    raise ValueError(f"unknown augment config fields: {unknown}")
   return AugmentConfig(**config)
 
 
 def _check_config(config: AugmentConfig) -> None:
   for name, value in config._asdict().items():
     if isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):
-      raise ValueError(f'augment config field {name} must be finite and >= 0, got {value}')
+      raise ValueError(f"augment config field {name} must be finite and >= 0, got {value}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,27 +140,22 @@ def sample_params(key: jax.Array, config: AugmentConfig = AugmentConfig()) -> Au
   """
   f32 = jnp.float32
   c = jax.tree_util.tree_map(lambda v: jnp.asarray(v, f32), config)
-  k = jax.random.split(key, 13)
+  key_u, key_n = jax.random.split(key)
+  u = jax.random.uniform(key_u, (11,), f32)  # One vector of draws keeps the graph small.
+  n = jax.random.normal(key_n, (4,), f32)
 
-  def gate(k_gate, multiplier):
-    return jax.random.uniform(k_gate, (), f32) < multiplier * c.p
+  def symmetric(v, half_range):
+    return (v * 2 - 1) * half_range
 
-  def symmetric_uniform(k_u, half_range):
-    return (jax.random.uniform(k_u, (), f32) * 2 - 1) * half_range
-
-  xflip = jax.random.bernoulli(k[0], 0.5).astype(jnp.int32)
-  xflip = jnp.where(gate(k[1], c.xflip), xflip, 0)
-  yflip = jax.random.bernoulli(k[2], 0.5).astype(jnp.int32)
-  yflip = jnp.where(gate(k[3], c.yflip), yflip, 0)
-  scale = jnp.where(gate(k[5], c.scale), jax.random.normal(k[4], (), f32), 0.0)
-  rotate = symmetric_uniform(k[6], jnp.pi * c.rotate_frac_max)
-  rotate = jnp.where(gate(k[7], c.rotate_frac), rotate, 0.0)
-  aniso_on = gate(k[9], c.aniso)
-  aniso = jnp.where(aniso_on, jax.random.normal(k[8], (), f32), 0.0)
-  rotated_frame = jax.random.uniform(k[11], (), f32) < c.aniso_rotate_prob
-  aniso_angle = jnp.where(aniso_on & rotated_frame, symmetric_uniform(k[10], jnp.pi), 0.0)
-  translate = jnp.where(gate(k[12], c.translate_frac),
-                        jax.random.normal(jax.random.fold_in(k[12], 1), (2,), f32), 0.0)
+  xflip = jnp.where(u[1] < c.xflip * c.p, (u[0] < 0.5).astype(jnp.int32), 0)
+  yflip = jnp.where(u[3] < c.yflip * c.p, (u[2] < 0.5).astype(jnp.int32), 0)
+  scale = jnp.where(u[4] < c.scale * c.p, n[0], 0.0)
+  rotate = jnp.where(u[5] < c.rotate_frac * c.p, symmetric(u[6], jnp.pi * c.rotate_frac_max), 0.0)
+  aniso_on = u[7] < c.aniso * c.p
+  aniso = jnp.where(aniso_on, n[1], 0.0)
+  rotated_frame = aniso_on & (u[8] < c.aniso_rotate_prob)
+  aniso_angle = jnp.where(rotated_frame, symmetric(u[9], jnp.pi), 0.0)
+  translate = jnp.where(u[10] < c.translate_frac * c.p, n[2:4], 0.0)
   return AugmentParams(xflip=xflip, yflip=yflip, scale=scale, rotate=rotate, aniso=aniso,
                        aniso_angle=aniso_angle, translate=translate)
 
@@ -211,7 +206,7 @@ def _rotate(theta) -> jax.Array:
 def _matmul(*ms: jax.Array) -> jax.Array:
   out = ms[0]
   for m in ms[1:]:
-    out = jnp.einsum('...ij,...jk->...ik', out, m, precision=_HIGHEST)
+    out = jnp.einsum("...ij,...jk->...ik", out, m, precision=_HIGHEST)
   return out
 
 
@@ -281,7 +276,7 @@ def _conv_1d(x: jax.Array, taps: np.ndarray, axis: int, *, padding: int, stride:
   lhs_dilation = (dilation, 1) if axis == 1 else (1, dilation)
   out = jax.lax.conv_general_dilated(
       x[..., None], kernel, window_strides=strides, padding=pad, lhs_dilation=lhs_dilation,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=_HIGHEST)
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_HIGHEST)
   return out[..., 0]
 
 
@@ -302,7 +297,7 @@ def _downsample2x(x: jax.Array) -> jax.Array:
 def _bilinear_zeros(x: jax.Array, row: jax.Array, col: jax.Array) -> jax.Array:
   """Bilinear samples of x [C, H, W] at pixel coordinates (row, col); taps outside read 0.
 
-  The same as grid_sample(mode='bilinear', padding_mode='zeros') once its normalised
+  The same as grid_sample(mode="bilinear", padding_mode="zeros") once its normalised
   coordinates are unnormalised.
   """
   _, h, w = x.shape
@@ -323,10 +318,11 @@ def _warp(x: jax.Array, g_inv: jax.Array, margin: tuple[int, int, int, int]) -> 
   """EDM's geometric warp of one image x [C, H, W] by the inverse map g_inv [3, 3]."""
   _, h, w = x.shape
   mx0, my0, mx1, my1 = margin
-  x = jnp.pad(x, ((0, 0), (my0, my1), (mx0, mx1)), mode='reflect')
+  x = jnp.pad(x, ((0, 0), (my0, my1), (mx0, mx1)), mode="reflect")
   g = _matmul(_translate((mx0 - mx1) / 2, (my0 - my1) / 2), g_inv)
 
-  # ×2 upsampling; conjugate G⁻¹ by the ×2 scale and the half-pixel offset of the new grid.
+  # ×2 upsampling; conjugate G⁻¹ by the ×2 scale and by the half-pixel offset of the new grid
+  # (EDM places original pixel i at upsampled pixel 2i).
   x = _upsample2x(x)
   g = _matmul(_translate(-0.5, -0.5), _scale(2, 2), g, _scale(0.5, 0.5), _translate(0.5, 0.5))
 
@@ -373,15 +369,18 @@ def apply_params(image: jax.Array, params: AugmentParams, config: AugmentConfig 
 
 def _as_float_images(images: Any, ndim: int) -> jax.Array:
   """Validates [.., H, W, C] uint8 or float images and returns float32 in [0, 1]."""
-  shape, dtype = np.shape(images), getattr(images, 'dtype', np.asarray(images).dtype)
+  if not hasattr(images, "dtype"):
+    images = np.asarray(images)
+  shape, dtype = images.shape, images.dtype
   if len(shape) != ndim:
-    raise ValueError(f'augment expects {ndim}-d images ({"N" * (ndim == 4)}HWC), got shape {shape}')
+    layout = "NHWC" if ndim == 4 else "HWC"
+    raise ValueError(f"augment expects {ndim}-d images ({layout}), got shape {shape}")
   if shape[-3] < 2 or shape[-2] < 2:
-    raise ValueError(f'augment needs H, W >= 2 for reflect padding, got shape {shape}')
+    raise ValueError(f"augment needs H, W >= 2 for reflect padding, got shape {shape}")
   if dtype == np.uint8:
     return jnp.asarray(images, jnp.float32) / 255
   if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f'augment expects uint8 or float images, got dtype {dtype}')
+    raise ValueError(f"augment expects uint8 or float images, got dtype {dtype}")
   return jnp.asarray(images, jnp.float32)
 
 
@@ -438,5 +437,5 @@ def augment_batch(key: jax.Array, images: Any, config: Any = AugmentConfig()):
   else:
     keys = key
     if keys.shape[0] != n:
-      raise ValueError(f'augment_batch got {keys.shape[0]} keys for {n} images')
+      raise ValueError(f"augment_batch got {keys.shape[0]} keys for {n} images")
   return _augment_batch_jit(keys, images, config)

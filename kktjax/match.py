@@ -313,7 +313,7 @@ def best_match_per_train(candidates, train, mu, *, mode: str = "ncc",
                          assignment: str = "train_to_candidate", restored: bool = False,
                          postprocess_mode: str = "rscale", ssim_variant: str = "haim",
                          haarpsi_subsample: bool = True, chunk_size: int = 4096,
-                         pair_chunk_size: int = 8) -> BestMatch:
+                         pair_chunk_size: int = 32) -> BestMatch:
   """For each training image, its best SSIM and best HaarPSI over a pool of candidates.
 
   "ncc" (default, Haim's approximate matching): candidates and training images are downsampled

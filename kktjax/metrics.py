@@ -13,6 +13,7 @@ References:
     assessment", 2018 (rgcda/haarpsi).
 """
 
+import functools
 from typing import Callable, Sequence
 
 import dm_pix
@@ -79,6 +80,8 @@ def _ssim_filter_fn(variant: str) -> Callable[[jax.Array], jax.Array]:
 def _check_images(name: str, x, min_ndim: int = 3) -> None:
   if np.ndim(x) < min_ndim:
     raise ValueError(f"{name} must be an image array [..., H, W, C]; got shape {np.shape(x)}.")
+  if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+    raise ValueError(f"{name} must be float images in [0, 1]; got dtype {jnp.result_type(x)}.")
 
 
 def _check_ssim_inputs(variant: str, shape_hw: tuple[int, int]) -> None:
@@ -107,11 +110,15 @@ def ssim(a: jax.Array, b: jax.Array, variant: str = "haim") -> jax.Array:
     SSIM per image pair, shape [...].
   """
   _check_images("a", a)
+  _check_images("b", b)
   if np.shape(a) != np.shape(b):
     raise ValueError(f"ssim needs equal shapes; got {np.shape(a)} and {np.shape(b)}.")
   _check_ssim_inputs(variant, np.shape(a)[-3:-1])
-  a = jnp.asarray(a)
-  b = jnp.asarray(b)
+  return _ssim(jnp.asarray(a), jnp.asarray(b), variant)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _ssim(a, b, variant):
   batch_shape = a.shape[:-3]
   # dm-pix accepts rank 3 or 4 only; fold all batch axes into one.
   a4 = a.reshape((-1,) + a.shape[-3:])
@@ -158,6 +165,8 @@ def ssim_matrix(a: jax.Array, b: jax.Array, variant: str = "haim",
   Returns:
     [M, T] SSIM scores.
   """
+  _check_images("a", a)
+  _check_images("b", b)
   if np.ndim(a) != 4 or np.ndim(b) != 4 or np.shape(a)[1:] != np.shape(b)[1:]:
     raise ValueError(f"ssim_matrix needs a [M,H,W,C] and b [T,H,W,C] with equal H, W, C; got "
                      f"{np.shape(a)} and {np.shape(b)}.")
@@ -167,6 +176,7 @@ def ssim_matrix(a: jax.Array, b: jax.Array, variant: str = "haim",
   return _ssim_matrix(jnp.asarray(a), jnp.asarray(b), variant, int(chunk_size))
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
 def _ssim_matrix(a, b, variant, chunk_size):
   filt = _ssim_filter_fn(variant)
   mu_b = filt(b)
@@ -185,6 +195,7 @@ def _ssim_matrix(a, b, variant, chunk_size):
 def psnr(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
   """Peak signal-to-noise ratio in dB per image pair, [..., H, W, C] -> [...]."""
   _check_images("a", a)
+  _check_images("b", b)
   if np.shape(a) != np.shape(b):
     raise ValueError(f"psnr needs equal shapes; got {np.shape(a)} and {np.shape(b)}.")
   mse = jnp.mean(jnp.square(jnp.asarray(a) - jnp.asarray(b)), axis=(-3, -2, -1))
@@ -243,6 +254,7 @@ def ncc_distance_matrix(a: jax.Array, b: jax.Array, channels: int = 3) -> jax.Ar
   return _ncc_distance_matrix(jnp.asarray(a), jnp.asarray(b), channels)
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def _ncc_distance_matrix(a, b, channels):
   za = ncc_standardise(a, channels)
   zb = ncc_standardise(b, channels)
@@ -365,6 +377,7 @@ def haarpsi(a: jax.Array, b: jax.Array, subsample: bool = True) -> jax.Array:
     image quality assessment", Signal Processing: Image Communication 61, 2018.
   """
   _check_images("a", a)
+  _check_images("b", b)
   if np.shape(a) != np.shape(b):
     raise ValueError(f"haarpsi needs equal shapes; got {np.shape(a)} and {np.shape(b)}.")
   _check_haarpsi_shape(np.shape(a), subsample)
@@ -414,11 +427,14 @@ def _haarpsi_from_features(fa, fb):
   weights = jnp.stack(weights, axis=-1)
   alpha = HAARPSI_ALPHA
   axes = (-3, -2, -1)
-  mean_l = (jnp.sum(jax.nn.sigmoid(alpha * sims) * weights, axis=axes)
-            / jnp.sum(weights, axis=axes))
-  return (jnp.log(mean_l / (1.0 - mean_l)) / alpha) ** 2
+  # l^-1(y) with y = sum(l w) / sum(w); 1 - y = sum(l(-t) w) / sum(w) avoids the cancellation
+  # in 1 - y when y is near 1 (worth ~1e-5 in float32).
+  pos = jnp.sum(jax.nn.sigmoid(alpha * sims) * weights, axis=axes)
+  neg = jnp.sum(jax.nn.sigmoid(-alpha * sims) * weights, axis=axes)
+  return ((jnp.log(pos) - jnp.log(neg)) / alpha) ** 2
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def _haarpsi(a, b, subsample):
   return _haarpsi_from_features(_haarpsi_features(a, subsample), _haarpsi_features(b, subsample))
 
@@ -439,6 +455,8 @@ def haarpsi_matrix(a: jax.Array, b: jax.Array, subsample: bool = True,
   Returns:
     [M, T] HaarPSI scores.
   """
+  _check_images("a", a)
+  _check_images("b", b)
   if np.ndim(a) != 4 or np.ndim(b) != 4 or np.shape(a)[1:] != np.shape(b)[1:]:
     raise ValueError(f"haarpsi_matrix needs a [M,H,W,C] and b [T,H,W,C] with equal H, W, C; "
                      f"got {np.shape(a)} and {np.shape(b)}.")
@@ -448,6 +466,7 @@ def haarpsi_matrix(a: jax.Array, b: jax.Array, subsample: bool = True,
   return _haarpsi_matrix(jnp.asarray(a), jnp.asarray(b), bool(subsample), int(chunk_size))
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
 def _haarpsi_matrix(a, b, subsample, chunk_size):
   fb = _haarpsi_features(b, subsample)
 

@@ -84,6 +84,8 @@ def test_ssim_identical_is_one_and_unknown_variant_raises():
     metrics.ssim(ref, ref, variant="kornia")
   with pytest.raises(ValueError, match="shapes"):
     metrics.ssim(ref, ref[:16])
+  with pytest.raises(ValueError, match="float"):
+    metrics.ssim((255 * ref).astype(np.uint8), (255 * ref).astype(np.uint8))
   with pytest.raises(ValueError, match="11"):
     metrics.ssim(ref[:8, :8], ref[:8, :8], variant="wang")
 
@@ -150,7 +152,7 @@ def test_ncc_distance_matrix_matches_float64_formulas():
   np.testing.assert_allclose(want, _np_ncc_sum_squares(a, b), rtol=1e-10)
   with jax.enable_x64(True):
     got = np.asarray(jax.jit(metrics.ncc_distance_matrix)(a, b))
-  assert got.shape == (5, 3)
+  assert got.shape == (5, 5)
   np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-8)
   got32 = np.asarray(metrics.ncc_distance_matrix(a.astype(np.float32), b.astype(np.float32)))
   np.testing.assert_allclose(got32, want, rtol=1e-4, atol=0.05)
@@ -168,6 +170,11 @@ def test_ncc_distance_range_and_channels():
   with jax.enable_x64(True):
     got = np.asarray(metrics.ncc_distance_matrix(g, h, channels=1))
   np.testing.assert_allclose(got, _np_ncc_direct(g, h, channels=1), rtol=1e-10)
+  # vmap over victims (leading axis on both pools), as the KKT abort rule does.
+  gv, hv = g.reshape(1, 3, 64).repeat(2, 0), h.reshape(1, 2, 64).repeat(2, 0)
+  with jax.enable_x64(True):
+    got_v = np.asarray(jax.vmap(lambda p, q: metrics.ncc_distance_matrix(p, q, 1))(gv, hv))
+  np.testing.assert_allclose(got_v, np.stack([got, got]), rtol=1e-12)
   with pytest.raises(ValueError, match="channels"):
     metrics.ncc_distance_matrix(g[:, :62], h[:, :62], channels=3)
   with pytest.raises(ValueError, match=r"\[M, D\]"):
