@@ -165,7 +165,8 @@ class UNetBlock(nn.Module):
     x = Conv2d(c, 3, up=self.up, down=self.down, resample_filter=self.resample_filter,
                dtype=self.dtype, name="conv0")(
                    nn.silu(group_norm(in_channels, "norm0", self.dtype)(x)))
-    params = nn.Dense(c, kernel_init=init_default, dtype=self.dtype, name="affine")(emb)
+    wide = jnp.promote_types(self.dtype, jnp.float32)  # at least float32
+    params = nn.Dense(c, kernel_init=init_default, dtype=wide, name="affine")(emb)
     x = nn.silu(group_norm(c, "norm1", self.dtype)(x + params[:, None, None, :].astype(x.dtype)))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = Conv2d(c, 3, kernel_init=init_zero, dtype=self.dtype, name="conv1")(x)
@@ -179,9 +180,9 @@ class UNetBlock(nn.Module):
       b, h, w, _ = x.shape
       qkv = Conv2d(3 * c, 1, kernel_init=init_attn, dtype=self.dtype, name="qkv")(
           group_norm(c, "norm2", self.dtype)(x))
-      q, k, v = jnp.split(qkv.reshape(b, h * w, 3 * c).astype(jnp.float32), 3, axis=-1)
-      # Attention weights and output in fp32 whatever the network dtype (EDM's AttentionOp).
-      logits = jnp.einsum("bqc,bkc->bqk", q, k / np.sqrt(c))
+      # Attention in at least fp32 (EDM's AttentionOp uses fp32; float64 stays float64 here).
+      q, k, v = jnp.split(qkv.reshape(b, h * w, 3 * c).astype(wide), 3, axis=-1)
+      logits = jnp.einsum("bqc,bkc->bqk", q, k / float(np.sqrt(c)))
       weights = jax.nn.softmax(logits, axis=-1)
       a = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(b, h, w, c).astype(self.dtype)
       x = (Conv2d(c, 1, kernel_init=init_zero, dtype=self.dtype, name="proj")(a) + x)
@@ -226,6 +227,9 @@ class SongUNet(nn.Module):
 
   def _check_inputs(self, x, noise_labels, augment_labels, class_labels):
     r, c = self.img_resolution, self.in_channels
+    if r % (2 ** (len(self.channel_mult) - 1)):
+      raise ValueError(f"SongUNet: img_resolution {r} does not halve {len(self.channel_mult) - 1} "
+                       "times.")
     if x.ndim != 4 or x.shape[1:] != (r, r, c):
       raise ValueError(f"SongUNet: x must be [B,{r},{r},{c}] (NHWC), got {x.shape}.")
     if noise_labels.shape != (x.shape[0],):
@@ -239,8 +243,8 @@ class SongUNet(nn.Module):
     if self.label_dim and (class_labels is None
                            or class_labels.shape != (x.shape[0], self.label_dim)):
       raise ValueError(f"SongUNet: class_labels must be [{x.shape[0]},{self.label_dim}].")
-    if r % (2 ** (len(self.channel_mult) - 1)):
-      raise ValueError(f"SongUNet: img_resolution {r} not divisible by the number of levels.")
+    if not self.label_dim and class_labels is not None:
+      raise ValueError("SongUNet: class_labels given but label_dim is 0.")
 
   @nn.compact
   def __call__(self, x: jax.Array, noise_labels: jax.Array,
@@ -264,17 +268,19 @@ class SongUNet(nn.Module):
         name=name, **kw)
     noise_channels = self.model_channels
     emb_channels = self.model_channels * self.channel_mult_emb
+    # The mapping runs in at least float32, as in EDM, whose noise labels stay float32.
+    emb_dtype = jnp.promote_types(self.dtype, jnp.float32)
     dense = lambda f, name, bias=True: nn.Dense(f, use_bias=bias, kernel_init=init_default,
-                                                dtype=self.dtype, name=name)
+                                                dtype=emb_dtype, name=name)
 
     # Mapping.
-    emb = positional_embedding(noise_labels.astype(jnp.float32), noise_channels)
+    emb = positional_embedding(noise_labels.astype(emb_dtype), noise_channels)
     if self.label_dim:
       emb = emb + dense(noise_channels, "map_label")(
-          class_labels.astype(jnp.float32) * np.sqrt(self.label_dim))
+          class_labels.astype(emb_dtype) * float(np.sqrt(self.label_dim)))
     if self.augment_dim:
       if augment_labels is None:  # zeros: map_augment has no bias; keeps the param in the tree
-        augment_labels = jnp.zeros((x.shape[0], self.augment_dim), jnp.float32)
+        augment_labels = jnp.zeros((x.shape[0], self.augment_dim), emb_dtype)
       emb = emb + dense(noise_channels, "map_augment", bias=False)(augment_labels)
     emb = nn.silu(dense(emb_channels, "map_layer0")(emb))
     emb = nn.silu(dense(emb_channels, "map_layer1")(emb))
