@@ -263,10 +263,6 @@ def batched_extraction_score(x: jax.Array, train_images: jax.Array) -> jax.Array
 # ------------------------------------------------------------------------------------------
 # Hyperparameters.
 # ------------------------------------------------------------------------------------------
-def _log_uniform(key, shape, lo, hi):
-  return jnp.exp(jax.random.uniform(key, shape, jnp.float32, np.log(lo), np.log(hi)))
-
-
 def sample_sweep(key: jax.Array, num_runs: int, num_victims: int = 1, *,
                  alpha_range: Sequence[float] = SWEEP_ALPHA_RANGE,
                  lambda_min_range: Sequence[float] = SWEEP_LAMBDA_MIN_RANGE,
@@ -289,14 +285,14 @@ def sample_sweep(key: jax.Array, num_runs: int, num_victims: int = 1, *,
     if lo <= 0:
       raise ValueError(f"{name} is log-uniform and needs a positive low end; got {lo}")
   shape = (int(num_victims), int(num_runs))
-  ka, kl, ks, kx = jax.random.split(key, 4)
-  hp = AttackHParams(
-      alpha=jax.random.uniform(ka, shape, jnp.float32, *alpha_range),
-      lambda_min=jax.random.uniform(kl, shape, jnp.float32, *lambda_min_range),
-      sigma=_log_uniform(ks, shape, *sigma_range),
-      lr_x=_log_uniform(kx, shape, *lr_x_range),
-      lr_lambda=jnp.full(shape, lr_lambda, jnp.float32))
-  return AttackHParams(*(np.asarray(v, np.float64) for v in hp))
+  # Uniforms in [0, 1) from JAX, mapped to the ranges in float64 so the ends are respected.
+  u = np.asarray(jax.random.uniform(key, (4,) + shape, jnp.float32), np.float64)
+  lin = lambda u, lo, hi: lo + (hi - lo) * u
+  log = lambda u, lo, hi: np.exp(lin(u, np.log(lo), np.log(hi)))
+  return AttackHParams(
+      alpha=lin(u[0], *alpha_range), lambda_min=lin(u[1], *lambda_min_range),
+      sigma=log(u[2], *sigma_range), lr_x=log(u[3], *lr_x_range),
+      lr_lambda=np.full(shape, float(lr_lambda)))
 
 
 def fixed_hparams(num_victims: int, num_runs: int, *, alpha: float, lambda_min: float,
@@ -340,6 +336,15 @@ class AttackResult(NamedTuple):
   loss_box: np.ndarray
   loss_lambda: np.ndarray
   num_iters: int                    # iterations the driver ran (< requested if all stopped)
+
+
+def default_snapshot_iters(recipe: str, num_iters: int | None = None) -> tuple[int, ...]:
+  """The recipe's snapshot schedule cut at num_iters, always ending with num_iters."""
+  if recipe not in RECIPES:
+    raise ValueError(f"unknown attack recipe {recipe!r}; expected one of {RECIPES}")
+  num_iters = DEFAULT_NUM_ITERS[recipe] if num_iters is None else int(num_iters)
+  return tuple(sorted({t for t in DEFAULT_SNAPSHOT_ITERS[recipe] if t <= num_iters} |
+                      {num_iters}))
 
 
 def _check_params(params: Params) -> tuple[int, int, int]:
@@ -407,10 +412,11 @@ def run_attack(params: Params, hparams: AttackHParams, recipe: str, key: jax.Arr
     hparams: AttackHParams of arrays [V, R] (`sample_sweep`, `fixed_hparams`,
       `hparams_from_config`).
     recipe: "generate" (Adadelta) or "evaluate" (SGD momentum 0.9).
-    key: PRNG key for the candidate init; run (v, r) uses its own fold of it.
+    key: PRNG key for the candidate init; run (v, r) gets its own split of it.
     m: candidates per class (N = 2m).
     num_iters: total updates; default 11,900 ("generate") / 49,000 ("evaluate").
-    snapshot_iters: iterations (after that many updates) whose x is kept; default per recipe.
+    snapshot_iters: iterations (after that many updates) whose x is kept; default: the
+      recipe's schedule cut at num_iters, plus num_iters.
     train_images: [V, n, D] each victim's training inputs in mean-subtracted space (x − μ,
       C,H,W flattened). If given, Haim's abort rule is applied; if None, no abort.
     abort_check_every, abort_start, abort_threshold: the rule: every `abort_check_every`
@@ -434,12 +440,12 @@ def run_attack(params: Params, hparams: AttackHParams, recipe: str, key: jax.Arr
   if int(m) != m or m < 1:
     raise ValueError(f"m (candidates per class) must be a positive integer; got {m!r}")
   m = int(m)
-  num_iters, snapshot_iters = _check_schedule(
-      DEFAULT_NUM_ITERS[recipe] if num_iters is None else num_iters,
-      DEFAULT_SNAPSHOT_ITERS[recipe] if snapshot_iters is None else snapshot_iters)
+  num_iters = DEFAULT_NUM_ITERS[recipe] if num_iters is None else num_iters
+  if snapshot_iters is None and int(num_iters) == num_iters:
+    snapshot_iters = default_snapshot_iters(recipe, int(num_iters))
+  num_iters, snapshot_iters = _check_schedule(num_iters, snapshot_iters)
   abort = train_images is not None
   if abort:
-    want = (num_victims, None, dim)
     s = np.shape(train_images)
     if len(s) != 3 or s[0] != num_victims or s[2] != dim or s[1] < 1:
       raise ValueError(f"train_images must have shape [V={num_victims}, n, D={dim}] "
@@ -448,7 +454,6 @@ def run_attack(params: Params, hparams: AttackHParams, recipe: str, key: jax.Arr
       raise ValueError(f"the abort rule's NCC distance needs D = 3 channels × pixels; got D={dim}")
     if int(abort_check_every) != abort_check_every or abort_check_every < 1:
       raise ValueError(f"abort_check_every must be a positive integer; got {abort_check_every!r}")
-    del want
   dtype = jnp.dtype(params["W1"].dtype)
   precision = (contextlib.nullcontext() if matmul_precision is None
                else jax.default_matmul_precision(matmul_precision))
