@@ -307,7 +307,7 @@ def train_victims(config, workdir: str, progress: bool = True) -> VictimBatch:
   job loses at most that much work. Writes `victims.json` (per-victim loss, train accuracy,
   min margin) into `workdir`.
   """
-  from tqdm.auto import tqdm
+  from tqdm import tqdm
   if config.recipe not in RECIPES:
     raise ValueError(f"unknown victim recipe {config.recipe!r}; expected one of {RECIPES}")
   if config.epochs < 0 or config.chunk_epochs <= 0:
