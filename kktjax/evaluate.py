@@ -152,7 +152,7 @@ def build_restorers(config) -> tuple[dict[str, Restorer], dict[str, str]]:
 def stage_restore(config, workdir: str, methods: dict[str, Restorer],
                   progress: bool = True) -> None:
   """Applies every method to every kept candidate, one output file per sweep batch."""
-  from tqdm.auto import tqdm
+  from tqdm import tqdm
   for name, fn in methods.items():
     out = os.path.join(workdir, "restored", name)
     os.makedirs(out, exist_ok=True)
