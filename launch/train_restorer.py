@@ -1,0 +1,55 @@
+r"""Trains the conditional EDM (DDPM++) restorer on the pair stream; resumes from workdir.
+
+  python -m launch.train_restorer --config=edm_flax/configs/default.py:tiny --synthetic \
+      --workdir=/tmp/restorer
+  python -m launch.train_restorer --config=edm_flax/configs/default.py:cifar \
+      --data_dir=runs/pairs --workdir=runs/restorer --num_workers=8
+"""
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from launch import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", "edm_flax/configs/default.py:cifar",
+                                          "Restorer config file[:variant].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, stats.jsonl).",
+                               required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Pair dataset directory (ArrayRecord shards).")
+_SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Train on the synthetic stand-in pairs.")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "grain worker processes for the stream.")
+_NOISE_FRACTION = flags.DEFINE_float("noise_fraction", 0.1, "Share of noise examples (SPEC §6).")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Stop after this many steps in total.")
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if bool(_DATA_DIR.value) == _SYNTHETIC.value:
+    raise app.UsageError("give exactly one of --data_dir and --synthetic")
+  common.setup_jax(x64=config.network.dtype == "float64",
+                   matmul_precision=config.training.matmul_precision)
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  with open(os.path.join(_WORKDIR.value, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  from edm_flax import input_pipeline, train  # after setup_jax
+  batch, seed = config.training.batch_size, config.training.seed
+  if _SYNTHETIC.value:
+    data = input_pipeline.SyntheticPairSource(batch, seed=seed)
+  else:
+    from kktjax import stream
+    data = common.run_or_exit(stream.make_train_stream, _DATA_DIR.value, batch, seed,
+                              _NOISE_FRACTION.value, num_workers=_NUM_WORKERS.value)
+  try:
+    state = common.run_or_exit(train.train_and_evaluate, config, _WORKDIR.value, data,
+                               num_steps=_NUM_STEPS.value)
+  finally:
+    if hasattr(data, "close"):
+      data.close()
+  print(f"step={int(state.step)} workdir={_WORKDIR.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
