@@ -16,7 +16,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", "edm_flax/configs/dncnn.py",
                                           "BF-DnCNN config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, stats.jsonl).",
                                required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Pair dataset directory (ArrayRecord shards).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None,
+                                "A generate_dataset workdir or one pair folder.")
 _SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Train on the synthetic stand-in pairs.")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "grain worker processes for the stream.")
 _NOISE_FRACTION = flags.DEFINE_float("noise_fraction", 0.1, "Share of noise examples (SPEC §6).")
@@ -37,8 +38,9 @@ def main(argv):
   if _SYNTHETIC.value:
     data = input_pipeline.SyntheticPairSource(batch, seed=seed)
   else:
-    from kktjax import stream
-    data = common.run_or_exit(stream.make_train_stream, _DATA_DIR.value, batch, seed,
+    from kktjax import restorers, stream
+    source = common.run_or_exit(restorers.pair_source, _DATA_DIR.value)
+    data = common.run_or_exit(stream.make_train_stream, source, batch, seed,
                               _NOISE_FRACTION.value, num_workers=_NUM_WORKERS.value)
   try:
     state = common.run_or_exit(train_dncnn.train, config, _WORKDIR.value, data,
