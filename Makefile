@@ -27,7 +27,7 @@ $(VENV)/.installed: $(VENV)/bin/activate setup.py
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed setup.py
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,bench]"
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed setup.py

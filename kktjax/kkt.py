@@ -107,6 +107,85 @@ def kkt_loss(x: jax.Array, lam: jax.Array, params: Params, y: jax.Array, alpha: 
   return loss_kkt + loss_box + loss_lambda, KKTAux(loss_kkt, loss_box, loss_lambda)
 
 
+@jax.custom_vjp
+def _gram_inner(d: jax.Array, a: jax.Array) -> jax.Array:
+  """‖dᵀa‖² = Σ (d·dᵀ) ⊙ (a·aᵀ), through the two N×N Gram matrices (never forms dᵀa)."""
+  return jnp.sum((d @ d.T) * (a @ a.T))
+
+
+def _gram_inner_fwd(d, a):
+  gram_d, gram_a = d @ d.T, a @ a.T
+  return jnp.sum(gram_d * gram_a), (d, a, gram_d, gram_a)
+
+
+def _gram_inner_bwd(res, g):
+  d, a, gram_d, gram_a = res
+  # Both Gram matrices are symmetric: each cotangent is one product 2·G·v (plain autodiff of
+  # d @ d.T would form G·v + Gᵀ·v, two).
+  return (2 * g) * (gram_a @ d), (2 * g) * (gram_d @ a)
+
+
+_gram_inner.defvjp(_gram_inner_fwd, _gram_inner_bwd)
+
+
+def gram_is_cheaper(num: int, d_in: int, d_out: int) -> bool:
+  """Whether layer (d_in → d_out)'s ‖W − δᵀa‖² costs fewer matmul MACs in Gram form.
+
+  Direct: g = δᵀa and its two reverse-mode products, 3·N·d_in·d_out. Gram: a·aᵀ, δ·δᵀ and one
+  reverse product each, 2·N²·(d_in + d_out); the cross term ⟨δ, a·Wᵀ⟩ reuses the forward
+  pre-activation. At width 1000: layer 1 for N < 1131, layer 2 for N < 750.
+  """
+  return 2 * num * (d_in + d_out) < 3 * d_in * d_out
+
+
+def kkt_loss_fast(x: jax.Array, lam: jax.Array, params: Params, y: jax.Array,
+                  alpha: jax.Array, lambda_min: jax.Array) -> tuple[jax.Array, KKTAux]:
+  """`kkt_loss` with the surrogate ReLU, the same function computed with fewer matmuls.
+
+  The θ-VJP is written out (SPEC §3.2's reference: δ2 = c·w3⊙σ(αz2), u = δ2·W2,
+  δ1 = u⊙σ(αz1), g3 = cᵀh2), with h = surrogate_relu(z), so every derivative of an h is σ(αz)
+  and the explicit σ's are differentiated normally (Haim's semantics). For a layer with input
+  a [N, d_in], pre-activation z = a·Wᵀ (+ b) and δ [N, d_out], when `gram_is_cheaper`:
+      ‖W − δᵀa‖² = ‖W‖² − 2⟨δ, a·Wᵀ⟩ + ⟨δ·δᵀ, a·aᵀ⟩,
+  which never forms the [d_out, d_in] gradient g = δᵀa. For N = 400, width 1000 this cuts an
+  iteration from 5.5 to 3.7 units of 2·N·P FLOPs (the W1-sized products from 5 to 2).
+
+  Numerics: equal to `kkt_loss` to round-off in float64. In float32 the *value* L_kkt carries
+  an absolute error of about ε·‖θ‖² (the direct form: ε·‖θ‖·‖θ − g‖); the gradients' error is
+  of the same order as the direct form's, whose θ − g cancels in the same way.
+
+  Args and returns as `kkt_loss` (without `activation`).
+  """
+  params = jax.lax.stop_gradient(params)
+  n = x.shape[0]
+  c = lam * y / n  # The 1/N of Haim's grad_outputs.
+  w1, w2, w3 = params["W1"], params["W2"], params["W3"][0]
+  sigma = lambda z: jax.nn.sigmoid(alpha * z)
+  sq = lambda a: jnp.sum(jnp.square(a))
+  xw = x @ w1.T
+  z1 = xw + params["b1"] if "b1" in params else xw
+  h1 = surrogate_relu(z1, alpha)
+  z2 = h1 @ w2.T
+  h2 = surrogate_relu(z2, alpha)
+  d2 = (c[:, None] * w3[None, :]) * sigma(z2)
+  d1 = (d2 @ w2) * sigma(z1)
+  loss_kkt = sq(w3 - c @ h2)
+  if gram_is_cheaper(n, w2.shape[1], w2.shape[0]):
+    loss_kkt += sq(w2) - 2 * jnp.sum(d2 * z2) + _gram_inner(d2, h1)
+  else:
+    loss_kkt += sq(w2 - d2.T @ h1)
+  if gram_is_cheaper(n, w1.shape[1], w1.shape[0]):
+    loss_kkt += sq(w1) - 2 * jnp.sum(d1 * xw) + _gram_inner(d1, x)
+  else:
+    loss_kkt += sq(w1 - d1.T @ x)
+  if "b1" in params:
+    loss_kkt += sq(params["b1"] - jnp.sum(d1, axis=0))
+  loss_box = _BOX_WEIGHT * jnp.sum(jnp.square(jax.nn.relu(x - 1)) +
+                                   jnp.square(jax.nn.relu(-1 - x)))
+  loss_lambda = _LAMBDA_WEIGHT * jnp.sum(jnp.square(jax.nn.relu(lambda_min - lam)))
+  return loss_kkt + loss_box + loss_lambda, KKTAux(loss_kkt, loss_box, loss_lambda)
+
+
 # ------------------------------------------------------------------------------------------
 # Optimisers and state.
 # ------------------------------------------------------------------------------------------
@@ -177,7 +256,7 @@ def attack_step(optimizer: optax.GradientTransformation, state: AttackState,
   """
   n = state.x.shape[0]
   y = candidate_labels(n // 2, state.x.dtype)
-  (loss, aux), (gx, glam) = jax.value_and_grad(kkt_loss, argnums=(0, 1), has_aux=True)(
+  (loss, aux), (gx, glam) = jax.value_and_grad(kkt_loss_fast, argnums=(0, 1), has_aux=True)(
       state.x, state.lam, params, y, state.alpha, state.lambda_min)
   (ux, ulam), opt_state = optimizer.update((gx, glam), state.opt_state)
   x = state.x - state.lr_x * ux

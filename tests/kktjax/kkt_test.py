@@ -434,3 +434,25 @@ def test_default_snapshot_schedule_is_cut_at_num_iters():
   assert kkt.default_snapshot_iters("generate") == kkt.DEFAULT_SNAPSHOT_ITERS["generate"]
   assert kkt.default_snapshot_iters("evaluate", 20_000) == (10_000, 15_000, 20_000)
   assert kkt.default_snapshot_iters("evaluate") == (10_000, 15_000, 25_000, 49_000)
+
+
+@pytest.mark.parametrize("d,h,n,bias", [(48, 20, 10, False), (48, 20, 30, True),
+                                        (3072, 100, 20, True), (3072, 100, 100, False)])
+def test_fast_kkt_loss_equals_direct_form(x64, d, h, n, bias):
+  """The Gram-form objective used by the attack step equals `kkt_loss` (value and gradients),
+  on every path: both layers in Gram form, both direct, and mixed."""
+  p = victim.init_params(jax.random.PRNGKey(0), h, input_dim=d, first_layer_bias=bias,
+                         w1_std=0.05, dtype=jnp.float64)
+  rng = np.random.default_rng(0)
+  x = rng.normal(0, 0.05, (n, d))
+  x[0, :2] = (1.4, -1.6)   # box penalty active
+  lam = rng.uniform(0, 1, n)   # some below λ_min: λ penalty active
+  y = kkt.candidate_labels(n // 2, jnp.float64)
+  args = (jnp.asarray(x), jnp.asarray(lam), p, y, jnp.float64(37.0), jnp.float64(0.4))
+  grad = lambda fn: jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)(*args)
+  (l_ref, aux_ref), (gx_ref, gl_ref) = grad(kkt.kkt_loss)
+  (l_fast, aux_fast), (gx_fast, gl_fast) = grad(kkt.kkt_loss_fast)
+  np.testing.assert_allclose(l_fast, l_ref, rtol=1e-12)
+  np.testing.assert_allclose(aux_fast.loss_kkt, aux_ref.loss_kkt, rtol=1e-12)
+  np.testing.assert_allclose(gx_fast, gx_ref, rtol=1e-9, atol=1e-12 * np.abs(gx_ref).max())
+  np.testing.assert_allclose(gl_fast, gl_ref, rtol=1e-9, atol=1e-12 * np.abs(gl_ref).max())
