@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "chex>=0.1.86",
     "matplotlib>=3.7",
     "tqdm>=4.66",
+    "tensorboardX>=2.6",   # restorer metrics to TensorBoard (no TensorFlow needed)
 ]
 
 EXTRAS = {

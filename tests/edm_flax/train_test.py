@@ -225,3 +225,9 @@ def test_bad_batch_raises_value_error(tmp_path):
 def test_load_ema_params_without_checkpoint_raises(tmp_path):
   with pytest.raises(ValueError, match='no checkpoint'):
     train.load_ema_params(str(tmp_path), micro_config())
+
+
+def test_metrics_go_to_tensorboard(one_step_run):
+  _, workdir, _ = one_step_run
+  events = os.listdir(os.path.join(workdir, 'tensorboard'))
+  assert any(e.startswith('events.out.tfevents') for e in events), events
