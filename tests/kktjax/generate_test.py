@@ -274,24 +274,30 @@ def test_kill_and_resume_is_exactly_once(reference, subprocess_env, tmp_path):
   config = tiny_config(runs_per_device=1)   # 20 batches of 1 run (reference: 10 batches of 2)
   workdir = tmp_path / "killed"
   rnd = random.Random(0)
-  kills, batch_time = 0, 0.3
-  for _ in range(40):
+  kills, gaps = 0, []   # gaps: seconds between consecutive commits, to scale the kill delay
+  for _ in range(60):
     if kills >= 10 or (_ledger_lines(workdir) if workdir.exists() else 0) >= 20:
       break
     before = _ledger_lines(workdir) if workdir.exists() else 0
     proc = _run_script(env_dir, script, config, workdir)
-    t_commit = None
+    t_commit = last_t = None
     while proc.poll() is None:
       lines = _ledger_lines(workdir) if workdir.exists() else 0
-      if lines > before and t_commit is None:
-        t_commit = time.time()
-        before_kill = rnd.uniform(0, 1.5 * batch_time)   # mid-compute, -write or -commit
+      if lines > before:
+        now = time.time()
+        if last_t is not None:
+          gaps.append((now - last_t) / (lines - before))
+        if t_commit is None:
+          t_commit = now
+          batch_time = float(np.median(gaps)) if gaps else 0.3
+          before_kill = rnd.uniform(0, 1.5 * batch_time)   # mid-compute, -write or -commit
+        last_t, before = now, lines
       if t_commit is not None and time.time() - t_commit >= before_kill:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
         break
-      time.sleep(0.01)
+      time.sleep(0.005)
     if proc.returncode not in (0, -signal.SIGKILL):
       raise AssertionError(proc.stdout.read().decode()[-3000:])
   assert kills >= 10
