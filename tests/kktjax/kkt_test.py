@@ -1,6 +1,5 @@
 """Tests for kktjax.kkt: objective and gradients vs a float64 NumPy reference, optimiser
 semantics vs PyTorch's formulas, batching, divergence, the abort rule and input validation."""
-import time
 
 import jax
 import jax.numpy as jnp
