@@ -32,3 +32,27 @@ def print_victim_report(report: dict) -> None:
     print(f"{report['run_id'][i]:>6} {report['epoch'][i]:>8} {report['loss'][i]:>10.3e} "
           f"{report['train_accuracy'][i]:>9.3f} {report['min_margin'][i]:>11.4f} "
           f"{report['failed'][i]}")
+
+
+def pair_batches(data_dir: str | None, synthetic: bool, batch_size: int, seed: int,
+                 noise_fraction: float, num_workers: int):
+  """The restorers' input: the balanced pair stream of a dataset, or edm_flax's synthetic pairs.
+
+  This is where the pair records meet edm_flax, which never imports kktjax.
+  """
+  if synthetic:
+    from edm_flax import input_pipeline  # pylint: disable=g-import-not-at-top
+    return input_pipeline.SyntheticPairSource(batch_size, seed=seed)
+  from kktjax import restorers, stream  # pylint: disable=g-import-not-at-top
+  source = run_or_exit(restorers.pair_source, data_dir)
+  return run_or_exit(stream.make_train_stream, source, batch_size, seed, noise_fraction,
+                     num_workers=num_workers)
+
+
+def train_on_pairs(train_fn, config, workdir: str, data, num_steps):
+  """Runs a restorer trainer on `data`, closing the stream (grain workers) however it ends."""
+  try:
+    return run_or_exit(train_fn, config, workdir, data, num_steps=num_steps)
+  finally:
+    if hasattr(data, "close"):
+      data.close()

@@ -33,21 +33,10 @@ def main(argv):
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  from edm_flax import input_pipeline, train_dncnn  # after setup_jax
-  batch, seed = config.training.batch_size, config.training.seed
-  if _SYNTHETIC.value:
-    data = input_pipeline.SyntheticPairSource(batch, seed=seed)
-  else:
-    from kktjax import restorers, stream
-    source = common.run_or_exit(restorers.pair_source, _DATA_DIR.value)
-    data = common.run_or_exit(stream.make_train_stream, source, batch, seed,
-                              _NOISE_FRACTION.value, num_workers=_NUM_WORKERS.value)
-  try:
-    state = common.run_or_exit(train_dncnn.train, config, _WORKDIR.value, data,
-                               num_steps=_NUM_STEPS.value)
-  finally:
-    if hasattr(data, "close"):
-      data.close()
+  from edm_flax import train_dncnn  # after setup_jax
+  data = common.pair_batches(_DATA_DIR.value, _SYNTHETIC.value, config.training.batch_size,
+                             config.training.seed, _NOISE_FRACTION.value, _NUM_WORKERS.value)
+  state = common.train_on_pairs(train_dncnn.train, config, _WORKDIR.value, data, _NUM_STEPS.value)
   print(f"step={int(state.step)} workdir={_WORKDIR.value}")
 
 
