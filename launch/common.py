@@ -3,11 +3,19 @@ import os
 import sys
 
 import jax
+from absl import flags
 from absl import logging
+
+# Every launcher takes it: where tensorflow-datasets finds a prepared cifar10 (offline copies).
+_TFDS_DATA_DIR = flags.DEFINE_string(
+    "tfds_data_dir", None, "tensorflow-datasets data dir holding cifar10 (default: "
+    "$TFDS_DATA_DIR, else tfds's own default).")
 
 
 def setup_jax(x64: bool = False, matmul_precision: str = "highest") -> None:
   """Victims and the attack run in true fp32 (or fp64): no TF32 on Ampere/Hopper (SPEC §2)."""
+  if _TFDS_DATA_DIR.value:
+    os.environ["TFDS_DATA_DIR"] = _TFDS_DATA_DIR.value   # read by kktjax.data.load_cifar10
   # orbax and tfds log every step at INFO; progress bars carry the useful information.
   if logging.get_verbosity() == logging.INFO:
     logging.set_verbosity(logging.WARNING)

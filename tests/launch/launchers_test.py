@@ -9,7 +9,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # launcher -> (a flag its --help must explain, arguments that point at missing input).
 LAUNCHERS = {
-    "train_victims": ("--workdir", ["--workdir={tmp}/v", "--config.data_dir={tmp}/nope"]),
+    "train_victims": ("--tfds_data_dir", ["--workdir={tmp}/v", "--tfds_data_dir={tmp}/nope"]),
     "reconstruct": ("--victims", ["--victims={tmp}/nope", "--workdir={tmp}/r"]),
     "generate_dataset": ("--workdir", ["--workdir={tmp}/g", "--config.data_dir={tmp}/nope"]),
     "dataset_report": ("--workdir", ["--workdir={tmp}/nope"]),
