@@ -7,6 +7,8 @@ from absl import flags
 
 from launch import common
 
+flags.adopt_module_key_flags(common)   # --tfds_data_dir shows in --help
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "A generate_dataset workdir.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output directory; default <workdir>/report.")
 _MAX_RECORDS = flags.DEFINE_integer("max_records", 4000, "Pairs decoded for the SSIM sample.")

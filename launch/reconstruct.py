@@ -14,6 +14,8 @@ from ml_collections import config_flags
 
 from launch import common
 
+flags.adopt_module_key_flags(common)   # --tfds_data_dir shows in --help
+
 _CONFIG = config_flags.DEFINE_config_file("config", "kktjax/configs/reconstruct.py:generate",
                                           "Attack config file[:variant].", lock_config=True)
 _VICTIMS = flags.DEFINE_string("victims", None, "Workdir of launch.train_victims.", required=True)

@@ -12,6 +12,8 @@ from absl import flags
 
 from launch import common
 
+flags.adopt_module_key_flags(common)   # --tfds_data_dir shows in --help
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Restorer run directory (with checkpoints/).",
                                required=True)
 _INPUT = flags.DEFINE_string("input", None, "Folder of PNGs, or an .npz ('images' or its first "

@@ -13,6 +13,8 @@ from ml_collections import config_flags
 
 from launch import common
 
+flags.adopt_module_key_flags(common)   # --tfds_data_dir shows in --help
+
 _CONFIG = config_flags.DEFINE_config_file("config", "edm_flax/configs/default.py:cifar",
                                           "Restorer config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, stats.jsonl).",

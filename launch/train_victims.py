@@ -10,6 +10,8 @@ from ml_collections import config_flags
 
 from launch import common
 
+flags.adopt_module_key_flags(common)   # --tfds_data_dir shows in --help
+
 _CONFIG = config_flags.DEFINE_config_file("config", "kktjax/configs/victims.py:tiny",
                                           "Victim config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (checkpoints, victims.json).",
