@@ -53,7 +53,7 @@ def restorer_stage(workdir: str, restorer_steps: int, dncnn_steps: int):
   from kktjax import restorers
   restorers.train_tiny(os.path.join(workdir, "dataset"), os.path.join(workdir, "restorer"),
                        os.path.join(workdir, "dncnn"), restorer_steps=restorer_steps,
-                       dncnn_steps=dncnn_steps)
+                       dncnn_steps=dncnn_steps, batch_size=16)
 
 
 def evaluate_stage(workdir: str):
@@ -76,7 +76,7 @@ def evaluate_stage(workdir: str):
           f"worse than plain: {m.get('worse_ssim_than_plain', '-')}")
 
 
-def stages(workdir: str, restorer_steps: int = 300, dncnn_steps: int = 200):
+def stages(workdir: str, restorer_steps: int = 150, dncnn_steps: int = 150):
   return [
       ("victims: 4 MLPs trained at once with jax.vmap", lambda: victims_stage(workdir)),
       ("attack: KKT reconstruction of their training images", lambda: attack_stage(workdir)),

@@ -20,8 +20,8 @@ from launch import common
 flags.adopt_module_key_flags(common)   # --tfds_data_dir shows in --help
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Where the demo writes everything.")
-_RESTORER_STEPS = flags.DEFINE_integer("restorer_steps", 300, "Tiny EDM training steps.")
-_DNCNN_STEPS = flags.DEFINE_integer("dncnn_steps", 200, "Tiny BF-DnCNN training steps.")
+_RESTORER_STEPS = flags.DEFINE_integer("restorer_steps", 150, "Tiny EDM training steps.")
+_DNCNN_STEPS = flags.DEFINE_integer("dncnn_steps", 150, "Tiny BF-DnCNN training steps.")
 
 
 def _banner(i, text, t0):
