@@ -13,7 +13,7 @@ $PY -m launch.dataset_report --workdir=$W/pairs
 # 2. Restorer: conditional EDM (DDPM++ layout at 24 channels, 2 levels) on the balanced stream.
 $PY -m launch.train_restorer --config=edm_flax/configs/default.py:tiny --data_dir=$W/pairs \
   --config.network.model_channels=24 --config.training.batch_size=32 \
-  --config.training.total_img=32000 --config.training.lr_rampup_img=3200 \
+  --config.training.total_img=12800 --config.training.lr_rampup_img=3200 \
   --config.training.ema_halflife_img=2000 --config.training.log_every_steps=50 \
   --config.training.ckpt_every_steps=200 --workdir=$W/restorer
 # 3. BF-DnCNN baseline (16 features, depth 10) on the same stream.
