@@ -492,7 +492,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   trainer = get_trainer(config, mesh)
   state = trainer.init_fn(make_rng(tc.seed, config))
 
-  # Checkpoint loading.
+  return fit(state, trainer.step_fn, data_iter, config, workdir, mesh, last_step=last_step,
+             image_size=config.network.img_resolution, progress=progress)
+
+
+def fit(state: Any, step_fn: Callable[..., Any], data_iter: Iterator[dict[str, Any]],
+        config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *, last_step: int,
+        image_size: int, progress: bool = True) -> Any:
+  """The training loop shared by the restorer and BF-DnCNN: resume, step, log, checkpoint.
+
+  Args:
+    state: the freshly initialised state (replaced by the latest checkpoint if there is one);
+      it must have a `step` field.
+    step_fn: jitted `(state, sharded batch) -> (state, metrics)`.
+    data_iter: pair batches in [0,1] of `config.training.batch_size`, optionally with
+      get_state()/set_state() (checkpointed with the state).
+    config: the run's config (`training` holds batch_size, log/ckpt intervals, max_to_keep and
+      optionally matmul_precision); saved with every checkpoint.
+    workdir: run directory (checkpoints/, stats.jsonl, tensorboard/).
+    mesh: the 1-D 'data' mesh the batch is sharded over.
+    last_step: stop after this many steps in total.
+    image_size: expected image side, for batch validation.
+    progress: show a tqdm bar with img/s.
+
+  Returns:
+    The final state (a checkpoint of it is in workdir).
+  """
+  tc = config.training
+  batch_size = tc.batch_size
   manager = checkpoint_manager(workdir, tc.max_to_keep)
   state = restore_checkpoint(manager, state, data_iter)
   start_step = int(jax.device_get(state.step))
@@ -512,11 +539,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step > start_step and step % tc.ckpt_every_steps:
           save_checkpoint(manager, state, data_iter, config)
         break
-      input_pipeline.validate_batch(batch, config.network.img_resolution)
+      input_pipeline.validate_batch(batch, image_size)
       if len(batch['clean']) != batch_size:
         raise ValueError(f"batch has {len(batch['clean'])} images, expected {batch_size}")
       with jax.default_matmul_precision(tc.get('matmul_precision', None)):
-        state, metrics = trainer.step_fn(state, shard_batch(batch, mesh))
+        state, metrics = step_fn(state, shard_batch(batch, mesh))
       done = step + 1
       if done % tc.log_every_steps == 0 or done == last_step:
         scalars = jax.device_get(metrics)  # host sync only at log steps

@@ -10,10 +10,8 @@ References:
 """
 import functools
 import os
-import time
 from typing import Any, Callable, Iterator
 
-from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -22,7 +20,6 @@ import ml_collections
 import optax
 
 from edm_flax import dncnn
-from edm_flax import input_pipeline
 from edm_flax import train as train_lib
 
 
@@ -136,48 +133,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       donate_argnums=0)
   state = init_fn(train_lib.make_rng(tc.seed, config))
 
-  manager = train_lib.checkpoint_manager(workdir, tc.max_to_keep)
-  state = train_lib.restore_checkpoint(manager, state, data_iter)
-  start_step = int(jax.device_get(state.step))
-  writer = train_lib.MetricWriter(workdir)
-  bar = None
-  if progress and jax.process_index() == 0:
-    import tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm.tqdm(total=last_step, initial=start_step, unit='step', dynamic_ncols=True)
-  t_last, step_last = time.perf_counter(), start_step
-  try:
-    for step in range(start_step, last_step):
-      try:
-        batch = next(data_iter)
-      except StopIteration:
-        logging.warning('data iterator exhausted after %d steps; stopping', step)
-        if step > start_step and step % tc.ckpt_every_steps:
-          train_lib.save_checkpoint(manager, state, data_iter, config)
-        break
-      input_pipeline.validate_batch(batch, config.image_size)
-      if len(batch['clean']) != tc.batch_size:
-        raise ValueError(f"batch has {len(batch['clean'])} images, expected {tc.batch_size}")
-      state, metrics = step_fn(state, train_lib.shard_batch(batch, mesh))
-      done = step + 1
-      if done % tc.log_every_steps == 0 or done == last_step:
-        scalars = jax.device_get(metrics)
-        now = time.perf_counter()
-        scalars['img_per_sec'] = tc.batch_size * (done - step_last) / max(now - t_last, 1e-9)
-        t_last, step_last = now, done
-        writer.write(done, scalars)
-        if bar is not None:
-          bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['img_per_sec']:.1f}")
-      if done % tc.ckpt_every_steps == 0 or done == last_step:
-        train_lib.save_checkpoint(manager, state, data_iter, config)
-      if bar is not None:
-        bar.update(1)
-  finally:
-    if bar is not None:
-      bar.close()
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-  return state
+  return train_lib.fit(state, step_fn, data_iter, config, workdir, mesh, last_step=last_step,
+                       image_size=config.image_size, progress=progress)
 
 
 def load_dncnn(workdir: str, config: ml_collections.ConfigDict,
