@@ -415,6 +415,7 @@ class AttackResult(NamedTuple):
   loss_box: np.ndarray
   loss_lambda: np.ndarray
   num_iters: int                    # iterations the driver ran (< requested if all stopped)
+  hparams: AttackHParams            # the per-run hyperparameters used, NumPy [V, R]
 
 
 def default_snapshot_iters(recipe: str, num_iters: int | None = None) -> tuple[int, ...]:
@@ -611,22 +612,26 @@ def run_attack(params: Params, hparams: AttackHParams, recipe: str, key: jax.Arr
       status=np.asarray(final.status), steps=np.asarray(final.step), abort_iter=abort_iter,
       score_iters=check_iters, scores=scores, loss=np.asarray(final.loss),
       loss_kkt=np.asarray(final.loss_kkt), loss_box=np.asarray(final.loss_box),
-      loss_lambda=np.asarray(final.loss_lambda), num_iters=done)
+      loss_lambda=np.asarray(final.loss_lambda), num_iters=done,
+      hparams=AttackHParams(*(np.asarray(v) for v in hparams)))
 
 
 def run_from_config(params: Params, config, key: jax.Array, *, train_images: Any = None,
-                    snapshot_fn=None, progress: bool = True) -> AttackResult:
+                    hparams: AttackHParams | None = None, snapshot_fn=None,
+                    progress: bool = True) -> AttackResult:
   """`run_attack` with every setting from a `configs/reconstruct.py` config.
 
   The key is split into one for the hyperparameter sweep and one for the candidate init.
   `train_images` ([V, n, D], mean-subtracted) is required when `config.abort` is on and
-  ignored otherwise.
+  ignored otherwise. `hparams` ([V, R] arrays) replaces the config's draw, e.g. one batch of a
+  larger sweep; the result's `hparams` holds what was used either way.
   """
   num_victims = _check_params(params)[0]
   if config.abort and train_images is None:
     raise ValueError("config.abort is on: pass train_images [V, n, D] (mean-subtracted)")
   k_hp, k_init = jax.random.split(key)
-  hparams = hparams_from_config(config, k_hp, num_victims)
+  if hparams is None:
+    hparams = hparams_from_config(config, k_hp, num_victims)
   return run_attack(params, hparams, config.recipe, k_init, m=config.m,
                     num_iters=config.num_iters, snapshot_iters=tuple(config.snapshot_iters),
                     train_images=train_images if config.abort else None,

@@ -64,8 +64,6 @@ def run(victims_workdir: str, config, workdir: str, *, seed: int = 0,
   result = kkt.run_from_config(params, config, key, train_images=jnp.asarray(batch.x),
                                progress=progress)
   elapsed = time.time() - t0
-  # The hyperparameters run_from_config drew (it splits the key the same way).
-  hparams = kkt.hparams_from_config(config, jax.random.split(key)[0], num_victims)
   summary = {"victims_workdir": os.path.abspath(victims_workdir), "seconds": elapsed,
              "iterations": int(result.num_iters),
              "iterations_per_second": result.num_iters / max(elapsed, 1e-9), "victims": []}
@@ -88,7 +86,7 @@ def run(victims_workdir: str, config, workdir: str, *, seed: int = 0,
                        np.asarray(cm.matched[r])].tolist()))),
                    "best_ssim": float(np.max(scores[r])) if np.isfinite(scores[r]).any()
                    else None,
-                   "hparams": {k: float(np.asarray(getattr(hparams, k))[v, r])
+                   "hparams": {k: float(np.asarray(getattr(result.hparams, k))[v, r])
                                for k in kkt.AttackHParams._fields}})
     good = int(np.sum(best > 0.4))
     summary["victims"].append({
