@@ -83,16 +83,9 @@ def stage_sweep(config, workdir: str, batch: victim_lib.VictimBatch,
     if not os.path.exists(path):
       sub = kkt.AttackHParams(*(np.asarray(v)[:, start:stop] for v in hp))
       t0 = time.time()
-      res = kkt.run_attack(batch.state.params, sub, config.attack.recipe,
-                           jax.random.fold_in(init_key, b), m=config.attack.m,
-                           num_iters=config.attack.num_iters,
-                           snapshot_iters=tuple(config.attack.snapshot_iters),
-                           train_images=jnp.asarray(batch.x) if config.attack.abort else None,
-                           abort_check_every=config.attack.abort_check_every,
-                           abort_start=config.attack.abort_start,
-                           abort_threshold=config.attack.abort_threshold,
-                           shared_init_seed=config.attack.shared_init_seed,
-                           matmul_precision=config.attack.matmul_precision, progress=progress)
+      res = kkt.run_from_config(batch.state.params, config.attack,
+                                jax.random.fold_in(init_key, b), hparams=sub,
+                                train_images=jnp.asarray(batch.x), progress=progress)
       kept = res.status[0] == kkt.RUNNING          # finished all iterations
       snaps = res.snapshots[0][kept]               # [R_kept, S, N, D]
       r, s, n, _ = snaps.shape
@@ -242,12 +235,11 @@ def summarize(config, results: dict[str, dict[str, np.ndarray]], runs: list[dict
 
 
 def _figures(config, workdir, out, summary, results, train, mu, batch_methods) -> list[str]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure  # no pyplot: no global backend, no open figures
   files = []
   # Fig. 2: sorted best scores per method.
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+  fig = Figure(figsize=(9, 3.5))
+  axes = fig.subplots(1, 2)
   for ax, metric in zip(axes, ("best_ssim", "best_haarpsi")):
     for name, r in results.items():
       ax.plot(np.sort(np.nan_to_num(r[metric], neginf=0))[::-1], label=name)
@@ -256,13 +248,13 @@ def _figures(config, workdir, out, summary, results, train, mu, batch_methods) -
   axes[0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(os.path.join(out, "fig2_sorted_scores.png"), dpi=80)
-  plt.close(fig)
   files.append("fig2_sorted_scores.png")
   # Fig. 3: plain vs the last (strongest) method.
   best_name = [n for n in results if n != "plain"]
   if "plain" in results and best_name:
     other = "diffusion_x20" if "diffusion_x20" in results else best_name[-1]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("best_ssim", "best_haarpsi")):
       a = np.nan_to_num(results["plain"][metric], neginf=0)
       b = np.nan_to_num(results[other][metric], neginf=0)
@@ -271,7 +263,6 @@ def _figures(config, workdir, out, summary, results, train, mu, batch_methods) -
       ax.set_xlabel(f"plain {metric}"), ax.set_ylabel(f"{other} {metric}")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "fig3_scatter.png"), dpi=80)
-    plt.close(fig)
     files.append("fig3_scatter.png")
   # Fig. 1: best reconstructions per method over the originals (black = no match).
   order_key = results.get("diffusion_x20", results.get("plain", next(iter(results.values()))))

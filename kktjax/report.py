@@ -19,6 +19,8 @@ import json
 import os
 from typing import Any
 
+import matplotlib
+from matplotlib.figure import Figure  # no pyplot: no global backend, no open figures
 import numpy as np
 
 from kktjax import generate
@@ -48,8 +50,8 @@ def _sample_groups(source: records.PairDataSource, num_snapshots: int, num_group
 
 
 def _plot_counts(z: np.ndarray, path: str) -> None:
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 3.5))
+  fig = Figure(figsize=(6, 3.5))
+  ax = fig.subplots()
   covered = z[z > 0]
   if covered.size:
     bins = np.arange(0, covered.max() + 2) if covered.max() < 60 else 50
@@ -60,18 +62,17 @@ def _plot_counts(z: np.ndarray, path: str) -> None:
   ax.set_title(f"{covered.size} images covered, {int(z.sum())} pairs")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def _plot_ssim(snaps: list[int], b1_hist: np.ndarray | None, sample: dict | None,
                path: str) -> None:
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  fig = Figure(figsize=(11, 4))
+  axes = fig.subplots(1, 2)
   ax = axes[0]
   if b1_hist is not None and b1_hist.sum():
     edges = generate.B1_HIST_EDGES
     centres = (edges[:-1] + edges[1:]) / 2
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for s, t in enumerate(snaps):
       h = b1_hist[s] / max(1, b1_hist[s].sum())
       ax.plot(centres, h, color=cmap(s / max(1, len(snaps) - 1)), label=str(t))
@@ -91,14 +92,13 @@ def _plot_ssim(snaps: list[int], b1_hist: np.ndarray | None, sample: dict | None
   ax.set_title("stored pairs (sample)")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def _plot_samples(groups: list[dict], path: str) -> None:
-  import matplotlib.pyplot as plt
   rows = max(1, len(groups))
   cols = max([len(g["snapshot_iter"]) for g in groups] + [1]) + 1
-  fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.2 * rows), squeeze=False)
+  fig = Figure(figsize=(1.1 * cols, 1.2 * rows))
+  axes = fig.subplots(rows, cols, squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for r, g in enumerate(groups):
@@ -109,7 +109,6 @@ def _plot_samples(groups: list[dict], path: str) -> None:
     axes[r, -1].set_title(f"#{g['cifar_index'][0]}\nrun {g['run_id'][0]}", fontsize=6)
   fig.tight_layout(pad=0.2)
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def build_report(workdir: str, out_dir: str | None = None, *, max_records: int = 4000,
@@ -126,8 +125,6 @@ def build_report(workdir: str, out_dir: str | None = None, *, max_records: int =
   Returns:
     The numbers of report.json.
   """
-  import matplotlib
-  matplotlib.use("Agg")
   if not generate.dataset_dirs(workdir):
     raise ValueError(f"{workdir!r} holds no generated pairs (no pairs/process-*/ledger.jsonl)")
   out_dir = out_dir or os.path.join(workdir, "report")
