@@ -11,34 +11,29 @@ from absl import flags
 from ml_collections import config_flags
 
 from launch import common
+from launch import pair_flags
 
 flags.adopt_module_key_flags(common)   # --tfds_data_dir shows in --help
+flags.adopt_module_key_flags(pair_flags)
 
 _CONFIG = config_flags.DEFINE_config_file("config", "edm_flax/configs/dncnn.py",
                                           "BF-DnCNN config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, stats.jsonl).",
                                required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", None,
-                                "A generate_dataset workdir or one pair folder.")
-_SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Train on the synthetic stand-in pairs.")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "grain worker processes for the stream.")
-_NOISE_FRACTION = flags.DEFINE_float("noise_fraction", 0.1, "Share of noise examples (SPEC §6).")
-_NUM_STEPS = flags.DEFINE_integer("num_steps", None, "Stop after this many steps in total.")
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
-  if bool(_DATA_DIR.value) == _SYNTHETIC.value:
-    raise app.UsageError("give exactly one of --data_dir and --synthetic")
+  pair_flags.check()
   common.setup_jax(matmul_precision="highest")
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   from edm_flax import train_dncnn  # after setup_jax
-  data = common.pair_batches(_DATA_DIR.value, _SYNTHETIC.value, config.training.batch_size,
-                             config.training.seed, _NOISE_FRACTION.value, _NUM_WORKERS.value)
-  state = common.train_on_pairs(train_dncnn.train, config, _WORKDIR.value, data, _NUM_STEPS.value)
+  data = pair_flags.batches(config)
+  state = common.train_on_pairs(train_dncnn.train, config, _WORKDIR.value, data,
+                                pair_flags.NUM_STEPS.value)
   print(f"step={int(state.step)} workdir={_WORKDIR.value}")
 
 
