@@ -54,10 +54,7 @@ def benchmark(width: int, m: int, k: int, iters: int, repetitions: int, recipe: 
       st["loop"][i] = chunk(st["loop"][i], one_params[i], n_iters)
     return [s.loss for s in st["loop"]]
 
-  ts = common.interleaved({"vmap": run_vmap, "loop": run_loop}, repetitions)
-  per = lambda t: common.median(t) / (k * iters)
-  return {"vmap": per(ts["vmap"]), "loop": per(ts["loop"]),
-          "vmap_spread": common.spread(ts["vmap"]), "loop_spread": common.spread(ts["loop"])}
+  return common.vmap_vs_loop(run_vmap, run_loop, repetitions, k * iters)
 
 
 def main(argv):

@@ -230,3 +230,12 @@ def matmul_peak_gflops(size: int = 2048, repetitions: int = 5,
     block(f(a, b))
     ts.append(time.perf_counter() - t0)
   return 2.0 * size ** 3 / median(ts) / 1e9
+
+
+def vmap_vs_loop(run_vmap: Callable[[], object], run_loop: Callable[[], object],
+                 repetitions: int, units: int) -> dict[str, float | str]:
+  """Interleaved timings of one vmapped call and a loop of single calls, per unit of work
+  (victim-epochs or run-iterations): medians and spreads."""
+  ts = interleaved({"vmap": run_vmap, "loop": run_loop}, repetitions)
+  return {"vmap": median(ts["vmap"]) / units, "loop": median(ts["loop"]) / units,
+          "vmap_spread": spread(ts["vmap"]), "loop_spread": spread(ts["loop"])}

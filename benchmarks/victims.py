@@ -58,10 +58,7 @@ def benchmark(width: int, k: int, n: int, epochs: int, repetitions: int,
       losses.append(loss)
     return losses
 
-  ts = common.interleaved({"vmap": run_vmap, "loop": run_loop}, repetitions)
-  per = lambda v: common.median(v) / (k * epochs)
-  return {"vmap": per(ts["vmap"]), "loop": per(ts["loop"]),
-          "vmap_spread": common.spread(ts["vmap"]), "loop_spread": common.spread(ts["loop"])}
+  return common.vmap_vs_loop(run_vmap, run_loop, repetitions, k * epochs)
 
 
 def main(argv):
